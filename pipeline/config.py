@@ -106,6 +106,8 @@ class ProducerSettings(_Section):
     fps_limit: float | None = Field(None, gt=0)
     # Replay pace of files: 1 is real time, "max" as fast as Kafka takes them.
     speed: float | Literal["max"] = 1.0
+    # Image folders carry no timing: their images are paced at this rate.
+    image_folder_fps: float = Field(10.0, gt=0)
     # How 16-bit and float frames become 8-bit: "error" refuses them, "shift"
     # keeps the top 8 bits (uint16) or scales [0, 1] (float), "minmax"
     # stretches each frame's own range to 0..255.
@@ -125,8 +127,10 @@ class ProducerSettings(_Section):
     # How long a frame may wait for the broker, retries included, before it
     # counts as failed. Raise it to ride out longer broker outages.
     delivery_timeout_ms: int = Field(120_000, ge=1_000)
-    # Memory for frames waiting to be sent; send() blocks when it is full.
-    buffer_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    # Frames per camera handed to Kafka and not yet acknowledged. At the limit
+    # a camera waits: a file replay slows down, a live camera drops its oldest
+    # frames. Raising it rides out longer broker stalls with more memory.
+    max_pending_frames: int = Field(256, ge=1)
 
 
 class CameraSettings(_Section):

@@ -69,7 +69,6 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "enable_idempotence": True,
         "linger_ms": producer.linger_ms,
         "max_request_size": settings.topics.max_message_bytes,
-        "buffer_memory": producer.buffer_bytes,
         "delivery_timeout_ms": producer.delivery_timeout_ms,
         # JPEG does not compress further; compression would only cost CPU.
         "compression_type": None,

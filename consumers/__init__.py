@@ -1,0 +1,1 @@
+"""Consumers of framestream topics: inference and subscribers."""
