@@ -295,6 +295,55 @@ def subscribe(ctx, topic, from_beginning, from_time, camera, max_messages, timeo
             break
 
 
+# --- consume -----------------------------------------------------------------
+
+
+def _consumer_overrides(device, weights, batch_size, model) -> dict:
+    return {
+        "consumer.device": device,
+        "consumer.detector.weights": weights,
+        "consumer.detector.model": model,
+        "consumer.batch_size": batch_size,
+    }
+
+
+@cli.command()
+@click.option("--topic", help="Frames topic (default from config).")
+@click.option("--results-topic", help="Results topic (default from config).")
+@click.option("--dead-letter-topic", help="Dead-letter topic (default from config).")
+@click.option("--group", help="Consumer group (default from config).")
+@click.option("--model", help="Detector: a torchvision model name or a TorchScript file.")
+@click.option("--weights", help="coco, random, or a state-dict file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-size", type=int, help="Frames per inference batch.")
+@click.option("--max-frames", type=int, help="Stop after this many frames.")
+@click.option("--idle-timeout", type=float, help="Stop after this many seconds without frames.")
+@click.pass_context
+def consume(ctx, topic, results_topic, dead_letter_topic, group, model, weights, device,
+            batch_size, max_frames, idle_timeout):
+    """Detect objects in every frame, step each camera's RNN, publish results.
+
+    Several consume processes in one group share the frames topic's partitions.
+    """
+    from consumers.worker import InferenceWorker
+
+    settings = ctx.obj.settings(**_consumer_overrides(device, weights, batch_size, model))
+    _require_broker(settings)
+    worker = InferenceWorker(
+        settings,
+        frames_topic=topic,
+        results_topic=results_topic,
+        dead_letter_topic=dead_letter_topic,
+        group=group,
+        max_frames=max_frames,
+        idle_timeout_s=idle_timeout,
+        stop=_stop_on_signals(),
+    )
+    stats = worker.run()
+    for line in stats.lines():
+        click.echo(line)
+
+
 # --- sample ------------------------------------------------------------------
 
 

@@ -339,13 +339,52 @@ def _describe(err: ValidationError, source: str) -> str:
     for problem in err.errors():
         field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         if problem["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown field")
+            known = _known_fields(problem["loc"][:-1])
+            expected = f"; expected one of {', '.join(known)}" if known else ""
+            lines.append(f"  {field}: unknown field{expected}")
             continue
-        arrived = problem.get("input")
-        if isinstance(arrived, SecretStr) or "password" in field:
-            arrived = "***"
-        elif isinstance(arrived, str) and "://" in arrived:
-            arrived = mask_url(arrived)
+        arrived = "***" if "password" in field else _masked(problem.get("input"))
         message = problem["msg"].removeprefix("Value error, ")
         lines.append(f"  {field}: {message}; got {arrived!r}")
     return "\n".join(lines)
+
+
+def _masked(value: Any) -> Any:
+    """``value`` fit for an error message: passwords, also nested, as ``***``.
+
+    A whole section or camera entry arrives as the input of some errors (a
+    camera without an id, cameras given as a mapping), so masking must reach
+    into mappings and lists, not only the field that failed.
+    """
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, str):
+        return mask_url(value) if "://" in value else value
+    if isinstance(value, Mapping):
+        return {
+            key: "***" if "password" in str(key) else _masked(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_masked(item) for item in value]
+    return value
+
+
+def _known_fields(loc: tuple) -> list[str]:
+    """Field names of the section at ``loc`` (list indexes skipped)."""
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        # list[CameraSettings] and the like: the section is the item type.
+        for inner in getattr(annotation, "__args__", ()):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                annotation = inner
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)

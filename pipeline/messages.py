@@ -111,3 +111,26 @@ def parse_frame_headers(headers: Sequence[tuple[str, bytes]] | None) -> FrameHea
                 f"header {name}: expected an integer >= {lowest}, got {numbers[name]}"
             )
     return FrameHeaders(camera_id=fields["camera_id"], encoding=JPEG, **numbers)
+
+
+def dead_letter_headers(
+    record, reason: str, group: str, stage: str = "consume"
+) -> Headers:
+    """The record's own headers plus why and where from it was refused.
+
+    ``dead_letter_reason`` says what was wrong in words; ``dead_letter_topic``,
+    ``..._partition`` and ``..._offset`` say where the message came from.
+    """
+    original = [
+        (name, value or b"")
+        for name, value in record.headers or ()
+        if not name.startswith("dead_letter_")
+    ]
+    return original + [
+        ("dead_letter_reason", reason.encode()),
+        ("dead_letter_stage", stage.encode()),
+        ("dead_letter_group", group.encode()),
+        ("dead_letter_topic", record.topic.encode()),
+        ("dead_letter_partition", str(record.partition).encode()),
+        ("dead_letter_offset", str(record.offset).encode()),
+    ]
