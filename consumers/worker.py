@@ -190,6 +190,9 @@ class InferenceWorker:
                 records = self._collect(consumer)
                 now = time.monotonic()
                 if records:
+                    if self.stats.batches == 0 and self.stats.frames_in == 0:
+                        # Rates count from the first frame, not from start-up.
+                        self.stats.started_s = now
                     last_record_s = now
                     self._handle(records, consumer, producer)
                     progress.update(len(records))

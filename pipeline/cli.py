@@ -344,6 +344,46 @@ def consume(ctx, topic, results_topic, dead_letter_topic, group, model, weights,
         click.echo(line)
 
 
+# --- demo --------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--video", type=click.Path(path_type=Path), help="Video to replay (default: the sample vtest.avi).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("out"), show_default=True, help="Folder for results.jsonl and annotated.mp4.")
+@click.option("--speed", default="max", show_default=True, help="Replay pace: 1 (real time), 4, or 'max'.")
+@click.option("--max-frames", type=int, help="Replay only this many frames.")
+@click.option("--model", help="Detector: a torchvision model name or a TorchScript file.")
+@click.option("--weights", help="coco (default), random, or a state-dict file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-size", type=int, help="Frames per inference batch.")
+@click.option("--keep-broker", is_flag=True, help="Leave a broker the demo started running.")
+@click.pass_context
+def demo(ctx, video, out_dir, speed, max_frames, model, weights, device, batch_size, keep_broker):
+    """Run the whole pipeline on recorded video and summarise it.
+
+    Starts the local broker (unless --bootstrap-servers names a cluster),
+    replays the video into Kafka, runs detection and the per-camera RNN on every
+    frame, and writes results.jsonl and annotated.mp4 into --out.
+    """
+    from pipeline.demo import run_demo
+    from pipeline.samples import sample_video
+
+    settings = ctx.obj.settings(**_consumer_overrides(device, weights, batch_size, model))
+    stop = _stop_on_signals()
+    report = run_demo(
+        settings,
+        video or sample_video(),
+        out_dir,
+        speed=_speed(speed),
+        max_frames=max_frames,
+        keep_broker=keep_broker,
+        stop=stop,
+    )
+    click.echo("\n".join(["", "framestream demo", *report.lines]))
+    if len(report.results) < report.frames_sent:
+        sys.exit(1)
+
+
 # --- sample ------------------------------------------------------------------
 
 
