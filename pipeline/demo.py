@@ -41,6 +41,8 @@ class DemoReport:
     results_path: Path
     video_path: Path | None
     random_weights: bool
+    # consumers.worker.ConsumeStats of the demo's inference consumer.
+    consume: object
 
 
 def run_demo(
@@ -126,7 +128,9 @@ def run_demo(
             )
         if random_weights:
             lines.append(RANDOM_WEIGHTS_WARNING + ".")
-        return DemoReport(produced.sent, results, lines, results_path, video_path, random_weights)
+        return DemoReport(
+            produced.sent, results, lines, results_path, video_path, random_weights, stats
+        )
     finally:
         if broker is not None and not keep_broker:
             broker.stop()

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.serializer import Serializer
 
 from pipeline.config import Settings
 from pipeline.errors import FramestreamError
@@ -22,6 +23,13 @@ log = logging.getLogger(__name__)
 # Bytes a record adds to its value in a batch (key, headers, framing); frames
 # are kept this far under the limit so the whole batch still fits.
 RECORD_OVERHEAD_BYTES = 4096
+
+
+class CameraKeySerializer(Serializer):
+    """Message keys are camera ids: text goes out as UTF-8, bytes as they are."""
+
+    def serialize(self, topic: str, value: str | bytes | None) -> bytes | None:
+        return value.encode() if isinstance(value, str) else value
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
@@ -72,7 +80,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "delivery_timeout_ms": producer.delivery_timeout_ms,
         # JPEG does not compress further; compression would only cost CPU.
         "compression_type": None,
-        "key_serializer": str.encode,
+        "key_serializer": CameraKeySerializer(),
     }
     return KafkaProducer(**(config | overrides))
 
