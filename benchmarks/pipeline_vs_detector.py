@@ -19,8 +19,8 @@ from pathlib import Path
 
 import cv2
 import torch
-
 from _broker import temporary_broker
+
 from consumers.detection import build_detector
 from consumers.worker import select_device
 from pipeline.config import load_settings
@@ -41,7 +41,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     video = args.video or sample_video()
 
-    with temporary_broker(8 * 1024 * 1024) as broker, tempfile.TemporaryDirectory() as out:
+    with (
+        temporary_broker(8 * 1024 * 1024) as broker,
+        tempfile.TemporaryDirectory() as out,
+    ):
         settings = load_settings(
             None,
             {
@@ -53,7 +56,9 @@ def main() -> None:
             environ={},
         )
         speed = args.speed if args.speed == "max" else float(args.speed)
-        report = run_demo(settings, video, Path(out), speed=speed, max_frames=args.max_frames)
+        report = run_demo(
+            settings, video, Path(out), speed=speed, max_frames=args.max_frames
+        )
     print("pipeline (framestream demo):")
     for line in report.lines:
         print("  " + line)
@@ -79,8 +84,10 @@ def main() -> None:
     bare_fps = len(frames) / bare_s
 
     pipeline_fps = report.consume.fps
-    print(f"bare detector ({detector.name}, {detector.weights}, batch {args.batch_size}, "
-          f"{args.threads} threads): {bare_fps:.1f} frames/s over {len(frames)} frames")
+    print(
+        f"bare detector ({detector.name}, {detector.weights}, batch {args.batch_size}, "
+        f"{args.threads} threads): {bare_fps:.1f} frames/s over {len(frames)} frames"
+    )
     print(f"pipeline fps / bare detector fps: {pipeline_fps / bare_fps:.2f}")
 
 

@@ -13,8 +13,8 @@ to find the culprit when the batch call fails.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import simplejpeg
@@ -75,7 +75,8 @@ def decode_on_cuda(
     frames: Sequence[FrameRecord], device: torch.device
 ) -> list[torch.Tensor | MessageError]:
     """uint8 CHW RGB tensors on ``device``, or the error for frames that fail."""
-    from torchvision.io import ImageReadMode, decode_jpeg as decode_jpeg_tensor
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as decode_jpeg_tensor
 
     datas = [
         torch.frombuffer(bytearray(frame.record.value), dtype=torch.uint8)

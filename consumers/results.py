@@ -16,7 +16,9 @@ from pipeline.messages import RESULT_SCHEMA
 @cache
 def result_schema() -> dict:
     """The JSON Schema every result validates against."""
-    text = resources.files("pipeline.schemas").joinpath("result.schema.json").read_text()
+    text = (
+        resources.files("pipeline.schemas").joinpath("result.schema.json").read_text()
+    )
     return json.loads(text)
 
 

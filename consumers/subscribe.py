@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
-from typing import Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from kafka import TopicPartition
 
@@ -35,7 +35,7 @@ def parse_start_time(text: str) -> int:
             f"milliseconds, got {text!r}"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -56,7 +56,11 @@ def describe(message) -> dict:
         except ValueError:
             pass  # not a result after all: shown as raw below
     key = message.key.decode("utf-8", "backslashreplace") if message.key else None
-    return place | {"key": key, "headers": headers, "size_bytes": len(message.value or b"")}
+    return place | {
+        "key": key,
+        "headers": headers,
+        "size_bytes": len(message.value or b""),
+    }
 
 
 def follow(
@@ -75,7 +79,9 @@ def follow(
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
-            raise FramestreamError(f"topic {topic!r} does not exist on {settings.bootstrap_servers}")
+            raise FramestreamError(
+                f"topic {topic!r} does not exist on {settings.bootstrap_servers}"
+            )
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         _seek(consumer, assigned, start, from_time_ms)
@@ -95,7 +101,9 @@ def follow(
                     return
             if got_any:
                 last_message_s = time.monotonic()
-            elif timeout_s is not None and time.monotonic() - last_message_s > timeout_s:
+            elif (
+                timeout_s is not None and time.monotonic() - last_message_s > timeout_s
+            ):
                 return
     finally:
         consumer.close()

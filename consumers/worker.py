@@ -36,7 +36,12 @@ from consumers.sequence import (
 )
 from pipeline.config import Settings
 from pipeline.errors import ConfigError, MessageError
-from pipeline.kafka import describe_connection, ensure_topics, make_consumer, make_producer
+from pipeline.kafka import (
+    describe_connection,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from pipeline.messages import RESULT_SCHEMA, dead_letter_headers, is_end_of_stream
 
 log = logging.getLogger(__name__)
@@ -88,9 +93,7 @@ class ConsumeStats:
         ]
         if self.latencies_ms:
             lines.append(
-                "latency ms p50 {:.0f}, p95 {:.0f}, p99 {:.0f}".format(
-                    self.latency_ms(50), self.latency_ms(95), self.latency_ms(99)
-                )
+                f"latency ms p50 {self.latency_ms(50):.0f}, p95 {self.latency_ms(95):.0f}, p99 {self.latency_ms(99):.0f}"
             )
         if self.commit_failures or self.send_failures:
             lines.append(
@@ -143,7 +146,9 @@ class InferenceWorker:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = detector.device if detector else select_device(config.device)
-        self.detector = detector or build_detector(config.detector, self.device, config.fp16)
+        self.detector = detector or build_detector(
+            config.detector, self.device, config.fp16
+        )
         if sequence_model is None:
             sequence_model = build_sequence_model(
                 config.sequence, self.detector.vector_size, self.device
@@ -161,7 +166,8 @@ class InferenceWorker:
     def run(self) -> ConsumeStats:
         config = self.settings.consumer
         ensure_topics(
-            self.settings, [self.frames_topic, self.results_topic, self.dead_letter_topic]
+            self.settings,
+            [self.frames_topic, self.results_topic, self.dead_letter_topic],
         )
         consumer = make_consumer(
             self.settings,
@@ -196,7 +202,10 @@ class InferenceWorker:
                     last_record_s = now
                     self._handle(records, consumer, producer)
                     progress.update(len(records))
-                elif self.idle_timeout_s is not None and now - last_record_s > self.idle_timeout_s:
+                elif (
+                    self.idle_timeout_s is not None
+                    and now - last_record_s > self.idle_timeout_s
+                ):
                     log.info("no frames for %.0f s: stopping", self.idle_timeout_s)
                     break
                 if now - last_report_s > _REPORT_EVERY_S:
@@ -227,7 +236,9 @@ class InferenceWorker:
                 timeout_ms = 200
             else:
                 timeout_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
-            polled = consumer.poll(timeout_ms=timeout_ms, max_records=wanted - len(records))
+            polled = consumer.poll(
+                timeout_ms=timeout_ms, max_records=wanted - len(records)
+            )
             for partition_records in polled.values():
                 records.extend(partition_records)
             if not records:
@@ -296,14 +307,20 @@ class InferenceWorker:
                 images.append(image)
         return kept, images
 
-    def _infer_and_publish(self, frames: list[FrameRecord], images: list, producer) -> list:
+    def _infer_and_publish(
+        self, frames: list[FrameRecord], images: list, producer
+    ) -> list:
         started = time.perf_counter()
         try:
             output = self.detector(images)
         except Exception as err:  # a model failure must not take the batch down
             if len(frames) == 1:
                 log.exception("detector failed on a frame; sent to dead letters")
-                return [self._dead_letter(producer, frames[0].record, f"detector failed: {err!r}")]
+                return [
+                    self._dead_letter(
+                        producer, frames[0].record, f"detector failed: {err!r}"
+                    )
+                ]
             # Retry one by one so that only the frames that fail are refused.
             futures = []
             for frame, image in zip(frames, images):
@@ -327,7 +344,9 @@ class InferenceWorker:
         processed_ts_ms = int(time.time() * 1000)
         futures = []
         for frame, detections, sequence in zip(frames, output.detections, steps):
-            result = build_result(frame, detections, sequence, self.model_info, processed_ts_ms)
+            result = build_result(
+                frame, detections, sequence, self.model_info, processed_ts_ms
+            )
             futures.append(
                 producer.send(
                     self.results_topic,
@@ -358,7 +377,11 @@ class InferenceWorker:
     def _dead_letter(self, producer, record, reason: str):
         self.stats.dead_letters += 1
         log.warning(
-            "frame at %s[%d]@%d refused: %s", record.topic, record.partition, record.offset, reason
+            "frame at %s[%d]@%d refused: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
         )
         return producer.send(
             self.dead_letter_topic,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import CameraSettings, Settings, load_settings
+from pipeline.config import Settings, load_settings
 from pipeline.errors import ConfigError, FramestreamError
 
 log = logging.getLogger("framestream")
@@ -40,7 +40,9 @@ def _setup_logging(verbose: int) -> None:
     )
     # kafka-python logs every retry of every connection during an outage;
     # framestream reports outages itself.
-    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    logging.getLogger("kafka").setLevel(
+        logging.WARNING if verbose else logging.CRITICAL
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -215,7 +217,9 @@ def _speed(value: str | None):
 @click.option("--max-side", type=int, help="Scale frames down to this longest side.")
 @click.option("--quality", type=int, help="JPEG quality 1-100.")
 @click.pass_context
-def produce(ctx, source, camera_id, topic, speed, loop, max_frames, fps_limit, max_side, quality):
+def produce(
+    ctx, source, camera_id, topic, speed, loop, max_frames, fps_limit, max_side, quality
+):
     """Publish camera or video frames to Kafka.
 
     With --source and --camera, one camera; otherwise the cameras listed in
@@ -234,8 +238,13 @@ def produce(ctx, source, camera_id, topic, speed, loop, max_frames, fps_limit, m
     if source is not None or camera_id is not None:
         if not (source and camera_id):
             raise click.UsageError("--source and --camera go together")
-        entry = {"id": camera_id, "source": source, "topic": topic, "loop": loop,
-                 "max_frames": max_frames}
+        entry = {
+            "id": camera_id,
+            "source": source,
+            "topic": topic,
+            "loop": loop,
+            "max_frames": max_frames,
+        }
         cameras = load_settings(None, {"cameras": [entry]}, environ={}).cameras
     else:
         cameras = [
@@ -249,7 +258,9 @@ def produce(ctx, source, camera_id, topic, speed, loop, max_frames, fps_limit, m
             for camera in settings.cameras
         ]
     if not cameras:
-        raise click.UsageError("no cameras: pass --source and --camera, or list cameras in --config")
+        raise click.UsageError(
+            "no cameras: pass --source and --camera, or list cameras in --config"
+        )
 
     _require_broker(settings)
     stop = _stop_on_signals()
@@ -269,7 +280,9 @@ def produce(ctx, source, camera_id, topic, speed, loop, max_frames, fps_limit, m
 @click.option("--from-time", help="Start at a time: ISO 8601 or epoch milliseconds.")
 @click.option("--camera", help="Only this camera's messages.")
 @click.option("--max-messages", type=int, help="Stop after this many messages.")
-@click.option("--timeout", type=float, help="Stop after this many seconds without a message.")
+@click.option(
+    "--timeout", type=float, help="Stop after this many seconds without a message."
+)
 @click.pass_context
 def subscribe(ctx, topic, from_beginning, from_time, camera, max_messages, timeout):
     """Print a topic's messages as JSON lines (frames as headers and size)."""
@@ -312,22 +325,39 @@ def _consumer_overrides(device, weights, batch_size, model) -> dict:
 @click.option("--results-topic", help="Results topic (default from config).")
 @click.option("--dead-letter-topic", help="Dead-letter topic (default from config).")
 @click.option("--group", help="Consumer group (default from config).")
-@click.option("--model", help="Detector: a torchvision model name or a TorchScript file.")
+@click.option(
+    "--model", help="Detector: a torchvision model name or a TorchScript file."
+)
 @click.option("--weights", help="coco, random, or a state-dict file.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--batch-size", type=int, help="Frames per inference batch.")
 @click.option("--max-frames", type=int, help="Stop after this many frames.")
-@click.option("--idle-timeout", type=float, help="Stop after this many seconds without frames.")
+@click.option(
+    "--idle-timeout", type=float, help="Stop after this many seconds without frames."
+)
 @click.pass_context
-def consume(ctx, topic, results_topic, dead_letter_topic, group, model, weights, device,
-            batch_size, max_frames, idle_timeout):
+def consume(
+    ctx,
+    topic,
+    results_topic,
+    dead_letter_topic,
+    group,
+    model,
+    weights,
+    device,
+    batch_size,
+    max_frames,
+    idle_timeout,
+):
     """Detect objects in every frame, step each camera's RNN, publish results.
 
     Several consume processes in one group share the frames topic's partitions.
     """
     from consumers.worker import InferenceWorker
 
-    settings = ctx.obj.settings(**_consumer_overrides(device, weights, batch_size, model))
+    settings = ctx.obj.settings(
+        **_consumer_overrides(device, weights, batch_size, model)
+    )
     _require_broker(settings)
     worker = InferenceWorker(
         settings,
@@ -348,17 +378,48 @@ def consume(ctx, topic, results_topic, dead_letter_topic, group, model, weights,
 
 
 @cli.command()
-@click.option("--video", type=click.Path(path_type=Path), help="Video to replay (default: the sample vtest.avi).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("out"), show_default=True, help="Folder for results.jsonl and annotated.mp4.")
-@click.option("--speed", default="max", show_default=True, help="Replay pace: 1 (real time), 4, or 'max'.")
+@click.option(
+    "--video",
+    type=click.Path(path_type=Path),
+    help="Video to replay (default: the sample vtest.avi).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("out"),
+    show_default=True,
+    help="Folder for results.jsonl and annotated.mp4.",
+)
+@click.option(
+    "--speed",
+    default="max",
+    show_default=True,
+    help="Replay pace: 1 (real time), 4, or 'max'.",
+)
 @click.option("--max-frames", type=int, help="Replay only this many frames.")
-@click.option("--model", help="Detector: a torchvision model name or a TorchScript file.")
+@click.option(
+    "--model", help="Detector: a torchvision model name or a TorchScript file."
+)
 @click.option("--weights", help="coco (default), random, or a state-dict file.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--batch-size", type=int, help="Frames per inference batch.")
-@click.option("--keep-broker", is_flag=True, help="Leave a broker the demo started running.")
+@click.option(
+    "--keep-broker", is_flag=True, help="Leave a broker the demo started running."
+)
 @click.pass_context
-def demo(ctx, video, out_dir, speed, max_frames, model, weights, device, batch_size, keep_broker):
+def demo(
+    ctx,
+    video,
+    out_dir,
+    speed,
+    max_frames,
+    model,
+    weights,
+    device,
+    batch_size,
+    keep_broker,
+):
     """Run the whole pipeline on recorded video and summarise it.
 
     Starts the local broker (unless --bootstrap-servers names a cluster),
@@ -368,7 +429,9 @@ def demo(ctx, video, out_dir, speed, max_frames, model, weights, device, batch_s
     from pipeline.demo import run_demo
     from pipeline.samples import sample_video
 
-    settings = ctx.obj.settings(**_consumer_overrides(device, weights, batch_size, model))
+    settings = ctx.obj.settings(
+        **_consumer_overrides(device, weights, batch_size, model)
+    )
     stop = _stop_on_signals()
     report = run_demo(
         settings,

@@ -79,7 +79,9 @@ def run_demo(
         _start_group_at_end(settings, settings.topics.frames, group)
         results_start = _end_offsets(settings, settings.topics.results)
 
-        worker = InferenceWorker(settings, group=group, detector=detector, stop=threading.Event())
+        worker = InferenceWorker(
+            settings, group=group, detector=detector, stop=threading.Event()
+        )
         consumer_thread = threading.Thread(target=worker.run, name="inference")
         consumer_thread.start()
 
@@ -107,10 +109,11 @@ def run_demo(
         results = _read_results(settings, results_start, camera_id)
         results_path = out_dir / "results.jsonl"
         with open(results_path, "w") as out:
-            for result in results:
-                out.write(json.dumps(result) + "\n")
+            out.writelines(json.dumps(result) + "\n" for result in results)
         warning = RANDOM_WEIGHTS_WARNING if random_weights else None
-        video_path = _write_annotated(video, results, out_dir / "annotated.mp4", warning)
+        video_path = _write_annotated(
+            video, results, out_dir / "annotated.mp4", warning
+        )
 
         stats = worker.stats
         lines = [
@@ -129,7 +132,13 @@ def run_demo(
         if random_weights:
             lines.append(RANDOM_WEIGHTS_WARNING + ".")
         return DemoReport(
-            produced.sent, results, lines, results_path, video_path, random_weights, stats
+            produced.sent,
+            results,
+            lines,
+            results_path,
+            video_path,
+            random_weights,
+            stats,
         )
     finally:
         if broker is not None and not keep_broker:
@@ -168,9 +177,13 @@ def _start_group_at_end(settings: Settings, topic: str, group: str) -> None:
 
     consumer = make_consumer(settings, group_id=group)
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        partitions = [
+            TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)
+        ]
         ends = consumer.end_offsets(partitions)
-        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
+        consumer.commit(
+            {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()}
+        )
     finally:
         consumer.close()
 
@@ -178,7 +191,9 @@ def _start_group_at_end(settings: Settings, topic: str, group: str) -> None:
 def _end_offsets(settings: Settings, topic: str) -> dict:
     consumer = make_consumer(settings)
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        partitions = [
+            TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)
+        ]
         return consumer.end_offsets(partitions)
     finally:
         consumer.close()

@@ -104,7 +104,9 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return simplejpeg.decode_jpeg(data, colorspace="BGR")
 
 
-def encode_to_fit(image: np.ndarray, quality: int, max_bytes: int) -> EncodedFrame | None:
+def encode_to_fit(
+    image: np.ndarray, quality: int, max_bytes: int
+) -> EncodedFrame | None:
     """The frame as a JPEG of at most ``max_bytes``, or None if none fits.
 
     Lower quality is tried first, since it keeps the frame's geometry; then the

@@ -21,8 +21,8 @@ described by ``pipeline/schemas/result.schema.json``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from pipeline.errors import MessageError
 

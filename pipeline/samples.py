@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 SAMPLE_NAME = "vtest.avi"
 _DEB_PACKAGE = "opencv-doc"
 _DEB_MEMBER = "./usr/share/doc/opencv-doc/examples/data/vtest.avi"
-_SAMPLE_URL = "https://raw.githubusercontent.com/opencv/opencv/4.x/samples/data/vtest.avi"
+_SAMPLE_URL = (
+    "https://raw.githubusercontent.com/opencv/opencv/4.x/samples/data/vtest.avi"
+)
 # The file is about 8 MB; anything much smaller is an error page.
 _MIN_BYTES = 1_000_000
 
@@ -52,7 +54,8 @@ def sample_video(state_dir: Path | None = None) -> Path:
         errors.append(f"{fetch.__doc__}: got only {partial.stat().st_size} bytes")
         partial.unlink()
     raise FramestreamError(
-        f"cannot get the sample video {SAMPLE_NAME}:\n  " + "\n  ".join(errors)
+        f"cannot get the sample video {SAMPLE_NAME}:\n  "
+        + "\n  ".join(errors)
         + "\npass --video PATH to use a video of your own"
     )
 
@@ -67,7 +70,9 @@ def _from_debian_package(target: Path) -> None:
         if result.returncode != 0 and os.geteuid() == 0:
             # A fresh machine may have no package lists yet.
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-            result = subprocess.run(download, cwd=folder, capture_output=True, text=True)
+            result = subprocess.run(
+                download, cwd=folder, capture_output=True, text=True
+            )
         if result.returncode != 0:
             raise FramestreamError(f"apt-get download failed: {result.stderr.strip()}")
         deb = next(Path(folder).glob("*.deb"))
@@ -94,4 +99,3 @@ def _from_network(target: Path) -> None:
     with urllib.request.urlopen(_SAMPLE_URL, timeout=30) as response:
         with open(target, "wb") as out:
             shutil.copyfileobj(response, out)
-

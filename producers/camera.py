@@ -177,7 +177,10 @@ class CameraPublisher:
                 self.max_frame_bytes,
             )
             return
-        if encoded.width != image.shape[1] or encoded.quality != self.settings.jpeg_quality:
+        if (
+            encoded.width != image.shape[1]
+            or encoded.quality != self.settings.jpeg_quality
+        ):
             self.stats.reencoded += 1
             log.debug(
                 "camera %s: frame %d re-encoded to %dx%d at quality %d to fit",

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from kafka.errors import KafkaError
 
 from pipeline.config import CameraSettings, Settings
-from pipeline.kafka import describe_connection, ensure_topics, make_producer, max_frame_bytes
+from pipeline.kafka import (
+    describe_connection,
+    ensure_topics,
+    make_producer,
+    max_frame_bytes,
+)
 from producers.camera import CameraPublisher, CameraStats
 
 log = logging.getLogger(__name__)
@@ -35,8 +40,10 @@ class ProduceSummary:
         return sum(getattr(camera, name) for camera in self.cameras)
 
     def lines(self) -> list[str]:
-        rows = [_summary_line(camera.camera_id, vars(camera), camera.elapsed_s)
-                for camera in self.cameras]
+        rows = [
+            _summary_line(camera.camera_id, vars(camera), camera.elapsed_s)
+            for camera in self.cameras
+        ]
         if len(self.cameras) > 1:
             totals = {name: self.total(name) for name in _COUNTERS}
             rows.append(_summary_line("total", totals, self.elapsed_s))

@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -23,7 +23,17 @@ from pipeline.errors import SourceError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".pgm",
+    ".ppm",
+}
 
 
 @dataclass(frozen=True)
@@ -207,7 +217,9 @@ class LiveSource(FrameSource):
             if not capture.isOpened():
                 capture.release()
                 log.warning(
-                    "camera %s: cannot connect; retrying in %.1f s", self.name, backoff_s
+                    "camera %s: cannot connect; retrying in %.1f s",
+                    self.name,
+                    backoff_s,
                 )
                 self._closed.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, self.settings.reconnect_max_s)
@@ -222,7 +234,9 @@ class LiveSource(FrameSource):
                 backoff_s = self.settings.reconnect_initial_s
             if not self._closed.is_set():
                 log.warning(
-                    "camera %s: stream lost; reconnecting in %.1f s", self.name, backoff_s
+                    "camera %s: stream lost; reconnecting in %.1f s",
+                    self.name,
+                    backoff_s,
                 )
                 self._closed.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, self.settings.reconnect_max_s)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -102,10 +102,17 @@ def numbered_frame(index: int, width: int = 320, height: int = 240) -> np.ndarra
 def clip_factory(tmp_path) -> Callable[..., Path]:
     """Writes an MJPG AVI of numbered frames; returns its path."""
 
-    def make(frames: int = 60, width: int = 320, height: int = 240, fps: float = 25.0,
-             name: str = "clip.avi") -> Path:
+    def make(
+        frames: int = 60,
+        width: int = 320,
+        height: int = 240,
+        fps: float = 25.0,
+        name: str = "clip.avi",
+    ) -> Path:
         path = tmp_path / name
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+        writer = cv2.VideoWriter(
+            str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height)
+        )
         assert writer.isOpened(), "OpenCV cannot write MJPG AVI files here"
         for index in range(frames):
             writer.write(numbered_frame(index, width, height))

@@ -10,8 +10,14 @@ from pipeline.config import Settings
 from pipeline.kafka import make_consumer
 
 
-def read_topic(settings: Settings, topic: str, *, expect: int | None = None,
-               idle_s: float = 3.0, timeout_s: float = 60.0) -> list:
+def read_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    expect: int | None = None,
+    idle_s: float = 3.0,
+    timeout_s: float = 60.0,
+) -> list:
     """Every record of ``topic`` from the beginning, in partition order.
 
     Returns once ``expect`` records arrived (if given) or after ``idle_s``

@@ -204,7 +204,9 @@ class LocalBroker:
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.2)
         if _alive(pid):
-            log.warning("broker pid %d ignored SIGTERM for %.0f s; killing", pid, timeout_s)
+            log.warning(
+                "broker pid %d ignored SIGTERM for %.0f s; killing", pid, timeout_s
+            )
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
@@ -299,7 +301,9 @@ class LocalBroker:
         for name in ("broker.out", "server.log"):
             path = self._log_dir / name
             if path.exists():
-                text += "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                text += "\n".join(
+                    path.read_text(errors="replace").splitlines()[-lines:]
+                )
         return text or "(no log written)"
 
 
