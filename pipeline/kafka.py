@@ -40,6 +40,11 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.bootstrap_servers.split(","),
         "client_id": kafka.client_id,
         "security_protocol": kafka.security_protocol,
+        # kafka-python doubles its reconnect wait up to 30 s (the Java client
+        # stops at 1 s): after a broker restart, frames would sit that long
+        # before the first retry. 1 s notices a returning broker promptly and
+        # costs one refused connection per second during an outage.
+        "reconnect_backoff_max_ms": 1000,
     }
     if kafka.sasl_mechanism:
         config["sasl_mechanism"] = kafka.sasl_mechanism
