@@ -177,6 +177,12 @@ class InferenceWorker:
             max_poll_records=config.batch_size,
             max_poll_interval_ms=config.max_poll_interval_ms,
         )
+        # kafka-python may join the group before it knows the topic's
+        # partitions; as leader it then assigns nothing and rejoins, and if a
+        # poll times out during that second join (kafka-python 3.0.12) the new
+        # assignment is never applied: the worker holds partitions it never
+        # reads. With the metadata loaded first, the first assignment is whole.
+        consumer.partitions_for_topic(self.frames_topic)
         producer = make_producer(self.settings)
         log.info(
             "consuming %s as group %s on %s: %s (%s) on %s, batches of %d",
