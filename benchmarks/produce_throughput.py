@@ -73,7 +73,8 @@ def main() -> None:
 
     megabytes = sum(map(len, frames)) / 1e6
     print(
-        f"video {video.name}: {len(frames)} frames, {megabytes:.1f} MB as JPEG q{quality}"
+        f"video {video.name}: {len(frames)} frames, "
+        f"{megabytes:.1f} MB as JPEG q{quality}"
     )
     print(
         f"framestream produce --speed max: {camera.sent / pipeline_s:7.1f} frames/s "

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from itertools import islice
 import time
 from dataclasses import dataclass, field
 
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # How often the progress line (or, off a terminal, a log line) is refreshed.
 _REPORT_EVERY_S = 5.0
+# Latency percentiles are over at most this many of the latest frames.
+_LATENCY_WINDOW_FRAMES = 100_000
 # After a failed result send, pause before re-reading the batch.
 _RETRY_PAUSE_S = 1.0
 
@@ -62,7 +66,11 @@ class ConsumeStats:
     commit_failures: int = 0
     send_failures: int = 0
     detections: int = 0
-    latencies_ms: list[int] = field(default_factory=list)
+    # The latest frames' latencies, for percentiles; bounded so that a
+    # consumer running for weeks does not grow without end.
+    latencies_ms: deque[int] = field(
+        default_factory=lambda: deque(maxlen=_LATENCY_WINDOW_FRAMES)
+    )
     started_s: float = field(default_factory=time.monotonic)
     finished_s: float | None = None
     # Seconds inside the detector and RNN alone, to compare with the whole.
@@ -93,7 +101,9 @@ class ConsumeStats:
         ]
         if self.latencies_ms:
             lines.append(
-                f"latency ms p50 {self.latency_ms(50):.0f}, p95 {self.latency_ms(95):.0f}, p99 {self.latency_ms(99):.0f}"
+                "latency ms p50 {:.0f}, p95 {:.0f}, p99 {:.0f}".format(
+                    self.latency_ms(50), self.latency_ms(95), self.latency_ms(99)
+                )
             )
         if self.commit_failures or self.send_failures:
             lines.append(
@@ -434,7 +444,7 @@ class InferenceWorker:
                     lag += max(0, highwater - consumer.position(partition))
                 except KafkaError:
                     pass
-        recent = self.stats.latencies_ms[-200:]
+        recent = list(islice(reversed(self.stats.latencies_ms), 200))
         latency = f"{np.percentile(recent, 50):.0f}" if recent else "-"
         mean_batch = self.stats.frames_in / max(1, self.stats.batches)
         line = (

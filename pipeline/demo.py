@@ -120,14 +120,14 @@ def run_demo(
             f"video {video.name}: {produced.read} frames read, {produced.sent} sent to "
             f"{settings.topics.frames}",
             *stats.lines(),
-            f"results: {len(results)} for {produced.sent} frames; written to {results_path}",
+            f"results: {len(results)} for {produced.sent} frames, in {results_path}",
         ]
         if video_path:
             lines.append(f"annotated video: {video_path}")
         if len(results) + stats.dead_letters < produced.sent:
+            missing = produced.sent - len(results) - stats.dead_letters
             lines.append(
-                f"MISSING: {produced.sent - len(results) - stats.dead_letters} frame(s) "
-                "have neither a result nor a dead letter"
+                f"MISSING: {missing} frame(s) have neither a result nor a dead letter"
             )
         if random_weights:
             lines.append(RANDOM_WEIGHTS_WARNING + ".")

@@ -171,7 +171,7 @@ class CameraPublisher:
         if encoded is None:
             self.stats.dropped += 1
             log.warning(
-                "camera %s: frame %d does not fit in %d bytes even scaled down; dropped",
+                "camera %s: frame %d does not fit in %d bytes, even scaled; dropped",
                 self.camera.id,
                 seq,
                 self.max_frame_bytes,

@@ -216,30 +216,25 @@ class LiveSource(FrameSource):
             capture = self._open()
             if not capture.isOpened():
                 capture.release()
-                log.warning(
-                    "camera %s: cannot connect; retrying in %.1f s",
-                    self.name,
-                    backoff_s,
-                )
-                self._closed.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, self.settings.reconnect_max_s)
-                continue
-            if not first:
-                self.reconnects += 1
-                log.warning("camera %s: reconnected", self.name)
-            first = False
-            got_frame = self._read_until_failure(capture)
-            capture.release()
-            if got_frame:
-                backoff_s = self.settings.reconnect_initial_s
-            if not self._closed.is_set():
-                log.warning(
-                    "camera %s: stream lost; reconnecting in %.1f s",
-                    self.name,
-                    backoff_s,
-                )
-                self._closed.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, self.settings.reconnect_max_s)
+                problem = "cannot connect"
+            else:
+                if not first:
+                    self.reconnects += 1
+                    log.warning("camera %s: reconnected", self.name)
+                first = False
+                got_frame = self._read_until_failure(capture)
+                capture.release()
+                if got_frame:
+                    # A stream that delivered frames earns a prompt retry.
+                    backoff_s = self.settings.reconnect_initial_s
+                problem = "stream lost"
+            if self._closed.is_set():
+                return
+            log.warning(
+                "camera %s: %s; retrying in %.1f s", self.name, problem, backoff_s
+            )
+            self._closed.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, self.settings.reconnect_max_s)
 
     def _read_until_failure(self, capture: cv2.VideoCapture) -> bool:
         got_frame = False
