@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -72,9 +73,10 @@ def follow(
     camera: str | None = None,
     max_messages: int | None = None,
     timeout_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[dict]:
-    """Messages of ``topic`` as dicts; ends after ``max_messages`` or once no
-    message has come for ``timeout_s`` seconds."""
+    """Messages of ``topic`` as dicts; ends after ``max_messages``, once no
+    message has come for ``timeout_s`` seconds, or when ``stop`` is set."""
     consumer = make_consumer(settings, consumer_timeout_ms=200)
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -90,8 +92,14 @@ def follow(
         last_message_s = time.monotonic()
         wanted_key = camera.encode() if camera else None
         while max_messages is None or count < max_messages:
+            # Checked between polls too: a quiet topic must not keep Ctrl-C
+            # or SIGTERM waiting for a message that may never come.
+            if stop is not None and stop.is_set():
+                return
             got_any = False
             for message in consumer:
+                if stop is not None and stop.is_set():
+                    return
                 got_any = True
                 if wanted_key is not None and message.key != wanted_key:
                     continue

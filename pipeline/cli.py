@@ -301,11 +301,10 @@ def subscribe(ctx, topic, from_beginning, from_time, camera, max_messages, timeo
         camera=camera,
         max_messages=max_messages,
         timeout_s=timeout,
+        stop=stop,
     )
     for message in messages:
         click.echo(json.dumps(message))
-        if stop.is_set():
-            break
 
 
 # --- consume -----------------------------------------------------------------

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 from datetime import datetime, timezone
 
 import pytest
-from cli_process import cli_env, run_framestream
+from cli_process import FRAMESTREAM, cli_env, run_framestream
 from kafka import KafkaConsumer
 from topic_reader import read_topic
 
 from pipeline.config import CameraSettings
-from pipeline.kafka import client_config
+from pipeline.kafka import client_config, ensure_topics
 from pipeline.messages import header_dict, is_end_of_stream
 from producers.runner import produce
 
@@ -121,3 +125,32 @@ def test_broker_status_of_an_empty_data_folder_says_not_running(tmp_path):
 
     assert done.returncode == 3
     assert done.stdout.strip() == f"broker not running; data folder {data_dir}"
+
+
+def test_subscribe_waiting_on_a_quiet_topic_ends_promptly_on_sigterm(settings):
+    ensure_topics(settings)
+    environ = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("FRAMESTREAM_")
+    } | cli_env(settings)
+    process = subprocess.Popen(
+        [str(FRAMESTREAM), "subscribe"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Time to connect and settle into waiting for messages that never come.
+        time.sleep(4)
+        assert process.poll() is None, process.stderr.read()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 0
+    assert "SIGTERM received" in process.stderr.read()
