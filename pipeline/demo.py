@@ -129,6 +129,11 @@ def run_demo(
             lines.append(
                 f"MISSING: {missing} frame(s) have neither a result nor a dead letter"
             )
+        if speed == "max":
+            lines.append(
+                "latency counts from publication: at --speed max frames wait in "
+                "Kafka for the consumer; --speed 1 shows latency at the video's pace"
+            )
         if random_weights:
             lines.append(RANDOM_WEIGHTS_WARNING + ".")
         return DemoReport(
